@@ -1,0 +1,5 @@
+import sys
+
+from llmops.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,159 @@
+"""`AsyncEngine`: the step loop on a background thread, an async stream of outputs per request,
+and abort (also when the caller stops listening, e.g. a client disconnect)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from llmops.config import LLMOpsConfig
+from llmops.engine.llm_engine import LLMEngine
+from llmops.engine.outputs import EngineStats, RequestOutput
+from llmops.engine.sampling_params import SamplingParams
+from llmops.log import get_logger
+
+logger = get_logger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    """The background loop stopped on an error; no request can make progress."""
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue          # RequestOutput items, then None at the end, or an exception
+
+
+class AsyncEngine:
+    """Runs `LLMEngine.step()` on its own thread; `generate()` streams each request's outputs."""
+
+    def __init__(self, config: LLMOpsConfig | None = None, engine: LLMEngine | None = None) -> None:
+        self.engine = engine or LLMEngine(config)
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()   # ("add", ...) / ("abort", id)
+        self._wake = threading.Event()
+        self._streams: dict[str, _Stream] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._stopping = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="llmops-engine", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> "AsyncEngine":
+        """Same keyword arguments as `LLM(...)`."""
+        return cls(LLMOpsConfig.from_flat(**kwargs))
+
+    @property
+    def is_running(self) -> bool:
+        """The loop thread is alive and has not died on an error."""
+        return self._thread.is_alive() and self.error is None and not self._stopping
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    async def generate(self, prompt: str | list[int], params: SamplingParams | None = None,
+                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Yield cumulative outputs as tokens arrive; the last one has finished=True.
+
+        Bad input raises ValueError before anything is queued. Leaving the loop early (break,
+        cancellation, a dropped connection) aborts the request and frees its KV blocks.
+        """
+        if not self.is_running:
+            raise EngineDeadError("the engine is not running") from self.error
+        params = params or SamplingParams()
+        request_id = request_id or f"req-{next(self._ids)}"
+        self.engine.encode_prompt(prompt)               # validate in the caller, before queueing
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        with self._lock:
+            if request_id in self._streams:
+                raise ValueError(f"request_id {request_id!r} is already in use")
+            self._streams[request_id] = stream
+        self._commands.put(("add", request_id, prompt, params))
+        self._wake.set()
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if item is None:
+                    finished = True
+                    return
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self.abort(request_id)
+            with self._lock:
+                self._streams.pop(request_id, None)
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request (thread-safe; unknown ids are ignored)."""
+        self._commands.put(("abort", request_id))
+        self._wake.set()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the loop; pending streams end with EngineDeadError."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+        self._fail_all(EngineDeadError("the engine was shut down"))
+
+    # ---- the background thread -------------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while not self._stopping:
+                self._drain_commands()
+                if not self.engine.has_unfinished_requests():
+                    self._wake.wait(0.1)
+                    self._wake.clear()
+                    continue
+                for out in self.engine.step():
+                    self._deliver(out.request_id, out)
+        except BaseException as exc:  # the loop must never die silently
+            logger.exception("engine loop died")
+            self.error = exc
+            self._fail_all(EngineDeadError(f"engine loop died: {exc!r}"))
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command[0] == "add":
+                _, request_id, prompt, params = command
+                try:
+                    self.engine.add_request(prompt, params, request_id)
+                except ValueError as exc:
+                    self._deliver(request_id, exc)
+            else:
+                self.engine.abort(command[1])
+
+    def _deliver(self, request_id: str, item: RequestOutput | BaseException | None) -> None:
+        with self._lock:
+            stream = self._streams.get(request_id)
+        if stream is not None:
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._lock:
+            streams = list(self._streams.values())
+        for stream in streams:
+            try:
+                stream.loop.call_soon_threadsafe(stream.queue.put_nowait, error)
+            except RuntimeError:  # that caller's event loop is already closed
+                pass

@@ -1,0 +1,157 @@
+"""Scheduled batch -> input tensors -> forward -> logits -> sampled tokens.
+
+Owns the KV cache tensors: per layer a (K, V) pair of (num_blocks, block_size, Hkv, D).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llmops.engine.kv_memory import allocate_kv_caches
+from llmops.engine.outputs import ModelRunnerOutput, SampledToken, ScheduledChunk, SchedulerOutput
+from llmops.engine.request import Request
+from llmops.engine.sampler import SamplingBatch, SamplerOutput, sample
+from llmops.layers.attention_metadata import AttentionMetadata, PrefillChunk
+from llmops.models.llama import LlamaForCausalLM
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        self.model = model
+        self.block_size = block_size
+        self.device = device
+        self.vocab_size = model.cfg.vocab_size
+        cfg = model.cfg
+        self.kv_caches = allocate_kv_caches(cfg.num_hidden_layers, num_blocks, block_size,
+                                            cfg.num_key_value_heads, cfg.head_dim, dtype, device)
+
+    @staticmethod
+    def kv_bytes_per_token(model_cfg, dtype: torch.dtype) -> int:
+        elem = torch.empty((), dtype=dtype).element_size()
+        return 2 * model_cfg.num_hidden_layers * model_cfg.num_key_value_heads * model_cfg.head_dim * elem
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
+        logits, requests = self.compute_logits(out)
+        if not requests:
+            return ModelRunnerOutput()
+        return _to_output(requests, sample(logits, self._sampling_batch(requests)))
+
+    @torch.inference_mode()
+    def compute_logits(self, out: SchedulerOutput) -> tuple[torch.Tensor, list[Request]]:
+        """Run the batch; (B, V) float32 logits for the B requests whose chunk ends their tokens."""
+        input_ids, positions, meta = self._prepare(out)
+        hidden = self.model(input_ids, positions, self.kv_caches, meta)   # (N, hidden)
+        rows, requests, offset = [], [], 0
+        for chunk in out.chunks:
+            offset += chunk.num_tokens
+            if chunk.samples:
+                rows.append(offset - 1)            # the chunk's last token predicts the next one
+                requests.append(chunk.request)
+        if not rows:
+            return torch.empty(0, self.vocab_size), []
+        return self.model.logits(hidden[torch.tensor(rows, device=self.device)]), requests
+
+    def _prepare(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        """Flatten all chunks into one batch: decodes first, then prefill chunks."""
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        bs = self.block_size
+        for chunk in out.chunks:
+            r, start = chunk.request, chunk.request.num_computed_tokens
+            ids.extend(r.all_token_ids[start:start + chunk.num_tokens])
+            for p in range(start, start + chunk.num_tokens):
+                pos.append(p)
+                slots.append(r.block_ids[p // bs] * bs + p % bs)
+        dev = self.device
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            num_decodes=len(out.decodes), decode_block_tables=None, decode_mask=None,
+            prefills=self._prefill_chunks(out))
+        if out.decodes:
+            meta.decode_block_tables, meta.decode_mask = self._decode_tables(out.decodes)
+        return (torch.tensor(ids, dtype=torch.long, device=dev),
+                torch.tensor(pos, dtype=torch.long, device=dev), meta)
+
+    def _decode_tables(self, decodes: list[ScheduledChunk]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Bd, max_blocks) block tables padded with the null block, and the matching key mask."""
+        width = max(len(c.request.block_ids) for c in decodes)
+        tables = [c.request.block_ids + [0] * (width - len(c.request.block_ids)) for c in decodes]
+        lengths = torch.tensor([c.request.num_computed_tokens + 1 for c in decodes], device=self.device)
+        keys = torch.arange(width * self.block_size, device=self.device)
+        mask = (keys.unsqueeze(0) < lengths.unsqueeze(1))[:, None, None, :]   # (Bd, 1, 1, L)
+        return torch.tensor(tables, dtype=torch.long, device=self.device), mask
+
+    def _prefill_chunks(self, out: SchedulerOutput) -> list[PrefillChunk]:
+        chunks, start = [], len(out.decodes)
+        for chunk in out.prefills:
+            r, cached, n = chunk.request, chunk.request.num_computed_tokens, chunk.num_tokens
+            table = mask = None
+            if cached:
+                nb = -(-(cached + n) // self.block_size)
+                table = torch.tensor(r.block_ids[:nb], dtype=torch.long, device=self.device)
+                q_pos = torch.arange(cached, cached + n, device=self.device)
+                mask = torch.arange(cached + n, device=self.device).unsqueeze(0) <= q_pos.unsqueeze(1)
+            chunks.append(PrefillChunk(start, n, cached, table, mask))
+            start += n
+        return chunks
+
+    def _sampling_batch(self, requests: list[Request]) -> SamplingBatch:
+        params = [r.params for r in requests]
+        dev = self.device
+        batch = SamplingBatch(
+            temperature=torch.tensor([p.temperature for p in params], dtype=torch.float32, device=dev),
+            generators=[r.generator for r in requests])
+        if any(p.top_k > 0 for p in params):
+            batch.top_k = torch.tensor([p.top_k if p.top_k > 0 else self.vocab_size for p in params], device=dev)
+        if any(p.top_p < 1.0 for p in params):
+            batch.top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32, device=dev)
+        if any(p.min_p > 0.0 for p in params):
+            batch.min_p = torch.tensor([p.min_p for p in params], dtype=torch.float32, device=dev)
+        self._add_penalties(batch, requests)
+        suppress = [(i, list(r.eos_token_ids) + list(r.stop_token_ids)) for i, r in enumerate(requests)
+                    if r.num_output_tokens < r.params.min_tokens]
+        batch.suppress = [(i, ids) for i, ids in suppress if ids] or None
+        asked = [p.logprobs for p in params if p.logprobs is not None]
+        batch.num_logprobs = max(asked) if asked else -1
+        return batch
+
+    def _add_penalties(self, batch: SamplingBatch, requests: list[Request]) -> None:
+        params = [r.params for r in requests]
+        shape, dev = (len(requests), self.vocab_size), self.device
+        if any(p.presence_penalty or p.frequency_penalty for p in params):
+            counts = torch.zeros(shape, dtype=torch.float32, device=dev)
+            for i, r in enumerate(requests):
+                if r.output_token_ids:
+                    out_ids = torch.tensor(r.output_token_ids, device=dev)
+                    counts[i].index_add_(0, out_ids, torch.ones(len(out_ids), device=dev))
+            batch.output_counts = counts
+            batch.presence_penalty = torch.tensor([p.presence_penalty for p in params], device=dev)
+            batch.frequency_penalty = torch.tensor([p.frequency_penalty for p in params], device=dev)
+        if any(p.repetition_penalty != 1.0 for p in params):
+            seen = torch.zeros(shape, dtype=torch.bool, device=dev)
+            for i, r in enumerate(requests):
+                seen[i, torch.tensor(r.all_token_ids, device=dev)] = True
+            batch.seen_mask = seen
+            batch.repetition_penalty = torch.tensor([p.repetition_penalty for p in params], device=dev)
+
+
+def _to_output(requests: list[Request], result: SamplerOutput) -> ModelRunnerOutput:
+    out = ModelRunnerOutput()
+    token_ids = result.token_ids.tolist()
+    lps = result.logprobs.tolist() if result.logprobs is not None else None
+    lp_ids = result.logprob_ids.tolist() if result.logprob_ids is not None else None
+    ranks = result.ranks.tolist() if result.ranks is not None else None
+    for i, r in enumerate(requests):
+        sampled = SampledToken(token_ids[i])
+        k = r.params.logprobs
+        if k is not None and lps is not None:
+            ids, values = lp_ids[i][:1 + k], lps[i][:1 + k]
+            sampled.logprobs = dict(zip(ids[1:], values[1:]))
+            sampled.logprobs[ids[0]] = values[0]
+            sampled.ranks = {tid: rank for rank, tid in enumerate(ids[1:], start=1)}
+            sampled.ranks[ids[0]] = ranks[i]
+        out.sampled[r.request_id] = sampled
+    return out
