@@ -30,9 +30,13 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
                     v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
     """q: (N, Hq, D), k/v: (N, Hkv, D) for this step's tokens -> (N, Hq, D)."""
     write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+    nd = meta.num_decodes
+    if not meta.prefills:                       # the common decode-only step: no stitching
+        return _decode(q, k_cache, v_cache, meta, scale)
+    if nd == 0 and len(meta.prefills) == 1:     # one prefill chunk alone
+        return _prefill(q, k, v, k_cache, v_cache, meta.prefills[0], scale)
     out = torch.empty_like(q)
-    if meta.num_decodes:
-        nd = meta.num_decodes
+    if nd:
         out[:nd] = _decode(q[:nd], k_cache, v_cache, meta, scale)
     for chunk in meta.prefills:
         rows = slice(chunk.start, chunk.start + chunk.num_tokens)

@@ -55,13 +55,15 @@ class DecoderLayer(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """forward(token ids, positions, attention metadata, caches) -> hidden; logits(hidden) -> logits."""
 
-    def __init__(self, cfg: ArchConfig, max_positions: int) -> None:
+    def __init__(self, cfg: ArchConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # _weight skips the random init (it would be overwritten, and costs seconds on meta tensors).
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size,
+                                         _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = nn.Parameter(torch.ones(cfg.hidden_size))
-        self.rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling)
+        self.rotary: RotaryEmbedding | None = None   # set by init_rotary() once weights are in place
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
@@ -75,6 +77,11 @@ class LlamaForCausalLM(nn.Module):
         for layer, kv_cache in zip(self.layers, kv_caches):
             x = layer(x, cos, sin, kv_cache, meta)
         return rms_norm(x, self.norm, self.cfg.rms_norm_eps)
+
+    def init_rotary(self, max_positions: int, device: torch.device) -> None:
+        """Build the float32 cos/sin tables (after any dtype change, so they stay float32)."""
+        cfg = self.cfg
+        self.rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling).to(device)
 
     def pack_weights(self) -> None:
         """Pre-pack every linear layer for the CPU matmul library (after dtype conversion)."""

@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from llmops.layers.rotary import RotaryEmbedding
 from llmops.models.arch import ArchConfig
 from llmops.models.llama import LlamaForCausalLM
 
@@ -25,14 +24,13 @@ def load_model(folder: Path, dtype: torch.dtype, device: torch.device,
     cfg = ArchConfig.from_folder(folder)
     positions = max_positions or cfg.max_position_embeddings
     with torch.device("meta"):
-        model = ARCHITECTURES[cfg.model_type](cfg, positions)
+        model = ARCHITECTURES[cfg.model_type](cfg)
     model.to_empty(device=device)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     model.load_weights(_iter_safetensors(folder))
     model.to(dtype=dtype)
-    # Rotary tables stay float32 (cast per step), so they are built after the dtype change.
-    model.rotary = RotaryEmbedding(cfg.head_dim, positions, cfg.rope_theta, cfg.rope_scaling).to(device)
+    model.init_rotary(positions, device)
     model.pack_weights()
     return model.eval()
 
