@@ -84,7 +84,8 @@ def _as_params_list(params: Any, n: int) -> list[SamplingParams]:
         return [SamplingParams() for _ in range(n)]
     if isinstance(params, SamplingParams):
         return [params] * n
-    params = list(params)
+    if not isinstance(params, (list, tuple)) or not all(isinstance(p, SamplingParams) for p in params):
+        raise ValueError("sampling_params must be a SamplingParams or a list of them, one per prompt")
     if len(params) != n:
         raise ValueError(f"got {len(params)} sampling params for {n} prompts")
-    return params
+    return list(params)

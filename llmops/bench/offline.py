@@ -53,7 +53,6 @@ def run_offline(model: str | None = None, dtype: str = "auto", concurrency: tupl
                 output_len: int = 64, repeats: int = 3, baseline_prompts: int = 4,
                 baseline_dtypes: tuple[str, ...] = ("float32", "bfloat16"), kv_cache_tokens: int | None = None,
                 progress=print) -> OfflineReport:
-    from llmops.engine.kv_memory import wait_for_prefault
     from llmops.engine.sampling_params import SamplingParams
     from llmops.llm import LLM
 
@@ -65,7 +64,6 @@ def run_offline(model: str | None = None, dtype: str = "auto", concurrency: tupl
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
     prompts = [llm.get_tokenizer().encode_chat(m) for m in chat_prompts(max(concurrency))]
     llm.generate(prompts[:2], SamplingParams(max_tokens=4))      # warm-up
-    wait_for_prefault()
     for c in concurrency:
         seconds = []
         for _ in range(repeats):
@@ -78,7 +76,7 @@ def run_offline(model: str | None = None, dtype: str = "auto", concurrency: tupl
         report.engine.append(OfflineResult(c, c * output_len, seconds, tps))
         progress(f"engine, {c} concurrent: {tps:.1f} tok/s")
     report.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report.model_mib = sum(p.numel() * p.element_size() for p in engine.runner.model.parameters()) / 2 ** 20
+    report.model_mib = engine.runner.model.weight_bytes() / 2 ** 20
     report.kv_budget_mib = sum(k.numel() * k.element_size() * 2 for k, _ in engine.runner.kv_caches) / 2 ** 20
     folder = engine.model_path
     del llm, engine

@@ -40,6 +40,7 @@ class AsyncEngine:
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._stopping = False
+        self._dead = False                                        # set under _lock by _fail_all
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="llmops-engine", daemon=True)
         self._thread.start()
@@ -52,7 +53,7 @@ class AsyncEngine:
     @property
     def is_running(self) -> bool:
         """The loop thread is alive and has not died on an error."""
-        return self._thread.is_alive() and self.error is None and not self._stopping
+        return self._thread.is_alive() and not self._dead and not self._stopping
 
     @property
     def tokenizer(self):
@@ -68,13 +69,15 @@ class AsyncEngine:
         Bad input raises ValueError before anything is queued. Leaving the loop early (break,
         cancellation, a dropped connection) aborts the request and frees its KV blocks.
         """
-        if not self.is_running:
-            raise EngineDeadError("the engine is not running") from self.error
         params = params or SamplingParams()
-        request_id = request_id or f"req-{next(self._ids)}"
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"sampling params must be a SamplingParams, got {type(params).__name__}")
+        request_id = request_id or f"async-{next(self._ids)}"
         self.engine.encode_prompt(prompt)               # validate in the caller, before queueing
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-        with self._lock:
+        with self._lock:  # _fail_all marks the engine dead under this lock: no stream can slip past it
+            if self._dead or not self._thread.is_alive():
+                raise EngineDeadError("the engine is not running") from self.error
             if request_id in self._streams:
                 raise ValueError(f"request_id {request_id!r} is already in use")
             self._streams[request_id] = stream
@@ -141,7 +144,9 @@ class AsyncEngine:
                 except ValueError as exc:
                     self._deliver(request_id, exc)
             else:
-                self.engine.abort(command[1])
+                final = self.engine.abort(command[1])
+                if final is not None:
+                    self._deliver(command[1], final)
 
     def _deliver(self, request_id: str, item: RequestOutput | BaseException | None) -> None:
         with self._lock:
@@ -151,6 +156,7 @@ class AsyncEngine:
 
     def _fail_all(self, error: BaseException) -> None:
         with self._lock:
+            self._dead = True
             streams = list(self._streams.values())
         for stream in streams:
             try:

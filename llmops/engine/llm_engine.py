@@ -57,16 +57,17 @@ class LLMEngine:
         params = params or SamplingParams()
         if not isinstance(params, SamplingParams):
             raise ValueError(f"sampling params must be a SamplingParams, got {type(params).__name__}")
-        request_id = str(next(self._ids)) if request_id is None else request_id
+        if request_id is None:
+            request_id = next(i for i in (f"req-{n}" for n in self._ids) if i not in self._groups)
         if not isinstance(request_id, str) or not request_id:
             raise ValueError("request_id must be a non-empty string")
-        if request_id in self._groups:
+        child_ids = [request_id] if params.n == 1 else [f"{request_id}-{k}" for k in range(params.n)]
+        if request_id in self._groups or any(c in self._child_index for c in child_ids):
             raise ValueError(f"request_id {request_id!r} is already in use")
         token_ids = self.encode_prompt(prompt)
         text = prompt if isinstance(prompt, str) else None
-        children = [Request(request_id if params.n == 1 else f"{request_id}-{k}", token_ids, params,
-                            self.eos_token_ids, self.max_model_len,
-                            None if params.seed is None else params.seed + k) for k in range(params.n)]
+        children = [Request(child_id, token_ids, params, self.eos_token_ids, self.max_model_len,
+                            None if params.seed is None else params.seed + k) for k, child_id in enumerate(child_ids)]
         group = RequestGroup(request_id, text, children, self.tokenizer)
         self._groups[request_id] = group
         for k, child in enumerate(children):
@@ -96,15 +97,16 @@ class LLMEngine:
                              f"is {self.max_model_len}: at most {self.max_model_len - 1} prompt tokens fit")
         return token_ids
 
-    def abort(self, request_id: str) -> bool:
-        """Stop a request and free its blocks. Returns False if it was unknown or already done."""
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request and free its blocks. Returns its final output (finish_reason "abort"
+        for the sequences it stopped), or None if it was unknown or already done."""
         group = self._groups.pop(request_id, None)
         if group is None:
-            return False
+            return None
         self.scheduler.finish_requests([c.request_id for c in group.children], RequestStatus.FINISHED_ABORTED)
         for child in group.children:
             self._child_index.pop(child.request_id, None)
-        return True
+        return group.output()
 
     def reset_prefix_cache(self) -> bool:
         """Forget cached prefixes (only when no request holds blocks). Returns whether it did."""

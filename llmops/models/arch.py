@@ -86,6 +86,8 @@ class ArchConfig:
             cfg = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{path} must hold a JSON object, got {type(cfg).__name__}")
         return cls.from_dict(cfg)
 
 

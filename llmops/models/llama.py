@@ -89,6 +89,12 @@ class LlamaForCausalLM(nn.Module):
             if isinstance(module, Linear):
                 module.pack()
 
+    def weight_bytes(self) -> int:
+        """Bytes of weights held, packed copies included (a tied embedding counts once)."""
+        tensors = {id(p): p for p in self.parameters()}
+        tensors.update({id(m.packed): m.packed for m in self.modules() if isinstance(m, Linear) and m.packed is not None})
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: (B, hidden) -> (B, vocab) float32."""

@@ -82,15 +82,26 @@ def test_allocating_more_than_free_raises_and_changes_nothing(pool):
     assert free_order(pool) == [10, 11]
 
 
-def test_free_queue_is_lru_freed_first_handed_out_first(pool):
-    pool.allocate(5)                      # 1..5 in use, queue 6..11
+def test_plain_blocks_are_reused_most_recently_freed_first(pool):
+    pool.allocate(5)                      # 1..5 in use, 6..11 free
     pool.free([3])
     pool.free([1])
     pool.free([5, 2])                     # within one call: in the order given
-    assert free_order(pool) == [6, 7, 8, 9, 10, 11, 3, 1, 5, 2]
-    assert pool.allocate(6) == [6, 7, 8, 9, 10, 11]
-    assert pool.allocate(3) == [3, 1, 5]
-    assert free_order(pool) == [2]
+    assert free_order(pool) == [2, 5, 1, 3, 6, 7, 8, 9, 10, 11]
+    assert pool.allocate(3) == [2, 5, 1]  # warm memory first
+    assert free_order(pool) == [3, 6, 7, 8, 9, 10, 11]
+
+
+def test_cached_blocks_are_evicted_only_after_plain_ones_least_recently_freed_first(pool):
+    blocks = pool.allocate(11)
+    for i, h in zip((0, 1, 2), (H1, H2, H3)):
+        pool.cache_block(blocks[i], h)
+    pool.free([blocks[1]])                # cached: 2
+    pool.free([blocks[5]])                # plain: 6
+    pool.free([blocks[0], blocks[2]])     # cached: 2, 1, 3
+    assert free_order(pool) == [6, 2, 1, 3]
+    assert pool.allocate(2) == [6, 2]     # the plain block, then the oldest cached one
+    assert pool.lookup(H2) is None and pool.lookup(H1) == 1 and pool.lookup(H3) == 3
 
 
 def test_ref_counts_shared_block_returns_to_queue_only_at_zero(pool):
@@ -104,7 +115,7 @@ def test_ref_counts_shared_block_returns_to_queue_only_at_zero(pool):
     assert pool.num_free_blocks == 10
     pool.free([b])
     assert pool.blocks[b].ref_cnt == 0
-    assert free_order(pool)[-1] == b
+    assert free_order(pool)[0] == b
     assert pool.num_free_blocks == 11
 
 
@@ -154,12 +165,13 @@ def test_lookup_of_unknown_hash_is_none(pool):
 def test_touch_pulls_free_cached_block_out_of_the_queue(pool):
     a, b = pool.allocate(2)
     pool.cache_block(a, H1)
-    pool.free([b, a])                     # queue: 3..11, 2, 1
+    pool.free([b, a])                     # plain: 2, 3..11; cached: 1
     assert pool.num_free_blocks == 11
+    assert free_order(pool) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1]
     pool.touch([pool.lookup(H1)])
     assert pool.blocks[a].ref_cnt == 1
     assert a not in pool.free_queue
-    assert free_order(pool) == [3, 4, 5, 6, 7, 8, 9, 10, 11, 2]
+    assert free_order(pool) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
     assert pool.num_free_blocks == 10
     assert pool.lookup(H1) == a           # touching keeps the hash
     pool.free([a])

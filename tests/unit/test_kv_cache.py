@@ -173,10 +173,10 @@ def test_free_releases_tail_first_so_tails_are_evicted_first():
     kv.free(a)
     assert a.block_ids == []
     assert refs(kv, [1, 2, 3, 4]) == [0, 0, 0, 0]
-    assert list(kv.pool.free_queue) == [5, 6, 7, 8, 9, 10, 11, 4, 3, 2, 1]
-    # Other work takes the never-used blocks, then a's tail (block 4 holds an unhashed partial block).
-    kv.allocate(make_request("x", list(range(100, 128))), 28)          # 7 blocks: 5..11
-    kv.allocate(make_request("y", list(range(200, 208))), 8)           # 2 blocks: 4, 3
+    # Block 4 holds an unhashed partial block: plain, reused first; then the cached tail first.
+    assert list(kv.pool.free_queue) == [4, 5, 6, 7, 8, 9, 10, 11, 3, 2, 1]
+    kv.allocate(make_request("x", list(range(100, 128))), 28)          # 7 blocks: 4..10
+    kv.allocate(make_request("y", list(range(200, 208))), 8)           # 2 blocks: 11, then 3 evicted
     again = make_request("a2", list(range(13)))
     assert kv.get_computed_blocks(again) == [1, 2]                     # the head survives
 
@@ -192,8 +192,9 @@ def test_free_of_shared_blocks_keeps_them_for_the_other_holder():
     kv.free(a)
     assert refs(kv, [1, 2, 3, 4]) == [1, 1, 0, 1]
     assert list(kv.pool.free_queue)[-1] == 3
-    kv.free(b)
-    assert list(kv.pool.free_queue)[-4:] == [3, 4, 2, 1]
+    kv.free(b)                            # 4 is b's partial (plain) block; 2, 1 cached, tail first
+    assert list(kv.pool.free_queue)[0] == 4
+    assert list(kv.pool.free_queue)[-3:] == [3, 2, 1]
 
 
 def test_hit_on_a_free_cached_block_reclaims_it_from_the_queue():
@@ -210,7 +211,7 @@ def test_hit_on_a_free_cached_block_reclaims_it_from_the_queue():
     assert not kv.can_allocate(b, 8, hits)   # 2 + 2 > 3 free
     kv.free(c)
     kv.allocate(b, 8, hits)
-    assert b.block_ids == [1, 2, 4, 3]
+    assert b.block_ids == [1, 2, 3, 4]    # block 3 was freed by c most recently: reused first
     assert kv.pool.num_free_blocks == 0
     assert refs(kv, [1, 2, 3, 4]) == [1, 1, 1, 1]
 

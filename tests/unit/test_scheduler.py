@@ -190,7 +190,7 @@ def test_newest_running_request_is_preempted_to_the_front_of_the_queue_and_resum
     assert b.num_preemptions == 1 and sched.num_preemptions == 1
     assert b.output_token_ids == b_first                     # generated tokens are kept
     assert ids(sched.waiting) == ["b", "c"] and ids(sched.running) == ["a"]
-    assert a.block_ids == [1, 2, 4]                          # b freed tail first: its block 4 went first
+    assert a.block_ids == [1, 2, 3]                          # b freed 4 then 3: the most recent is reused first
     assert sched.kv_cache.pool.num_free_blocks == 1
 
     # 3: b (3 blocks) does not fit yet; c would, but may not overtake b.
