@@ -67,7 +67,8 @@ class LLMEngine:
         token_ids = self.encode_prompt(prompt)
         text = prompt if isinstance(prompt, str) else None
         children = [Request(child_id, token_ids, params, self.eos_token_ids, self.max_model_len,
-                            None if params.seed is None else params.seed + k) for k, child_id in enumerate(child_ids)]
+                            None if params.seed is None else params.seed + k, self.device)
+                    for k, child_id in enumerate(child_ids)]
         group = RequestGroup(request_id, text, children, self.tokenizer)
         self._groups[request_id] = group
         for k, child in enumerate(children):

@@ -8,6 +8,7 @@ still prefilling; one behind, it is decoding.
 from __future__ import annotations
 
 import enum
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -50,7 +51,8 @@ class Request:
     """A sequence: prompt tokens, generated tokens, KV blocks and sampling state."""
 
     def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
-                 eos_token_ids: tuple[int, ...], max_model_len: int, seed: int | None = None) -> None:
+                 eos_token_ids: tuple[int, ...], max_model_len: int, seed: int | None = None,
+                 device: torch.device | str = "cpu") -> None:
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
         self.output_token_ids: list[int] = []
@@ -67,8 +69,9 @@ class Request:
         self.block_hashes: list[bytes] = []            # chained hashes of this sequence's full blocks
         self.stop_reason: int | str | None = None      # the stop token id or string that ended it
         self.times = RequestTimes()
-        self.generator = torch.Generator()             # per-request: batching cannot change its samples
-        self.generator.manual_seed(seed if seed is not None else torch.seed())
+        # Per request, on the sampling device: batching cannot change its draws.
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed if seed is not None else secrets.randbits(63))
         self.logprobs: list[dict[int, float]] = []     # per output token: id -> logprob (chosen + top-k)
         self.logprob_ranks: list[dict[int, int]] = []
 
