@@ -1,4 +1,5 @@
-"""The package logger. Messages go to stderr unless the application configured logging itself."""
+"""The package logger. Records propagate as usual; until the application configures logging
+(the root logger has a handler), they are also written to stderr so start-up lines show."""
 
 from __future__ import annotations
 
@@ -7,12 +8,20 @@ import logging
 _NAME = "llmops"
 
 
+class _FallbackHandler(logging.StreamHandler):
+    """Writes only while the root logger has no handler of its own."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not logging.getLogger().handlers:
+            super().emit(record)
+
+
 def get_logger(name: str = _NAME) -> logging.Logger:
     root = logging.getLogger(_NAME)
-    if not root.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, _FallbackHandler) for h in root.handlers):
+        handler = _FallbackHandler()
         handler.setFormatter(logging.Formatter("llmops: %(message)s"))
         root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        root.propagate = False
+        if root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
     return logging.getLogger(name)

@@ -4,6 +4,7 @@ and abort (also when the caller stops listening, e.g. a client disconnect)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import queue
 import threading
@@ -27,6 +28,7 @@ class EngineDeadError(RuntimeError):
 class _Stream:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue          # RequestOutput items, then None at the end, or an exception
+    done: bool = False            # the caller saw the end (a finished output or an error)
 
 
 class AsyncEngine:
@@ -36,7 +38,8 @@ class AsyncEngine:
         self.engine = engine or LLMEngine(config)
         self._commands: queue.SimpleQueue = queue.SimpleQueue()   # ("add", ...) / ("abort", id)
         self._wake = threading.Event()
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, _Stream] = {}                   # engine id -> stream
+        self._engine_ids: dict[str, str] = {}                    # caller's request id -> engine id
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._stopping = False
@@ -69,43 +72,57 @@ class AsyncEngine:
         Bad input raises ValueError before anything is queued. Leaving the loop early (break,
         cancellation, a dropped connection) aborts the request and frees its KV blocks.
         """
-        params = params or SamplingParams()
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"sampling params must be a SamplingParams, got {type(params).__name__}")
-        request_id = request_id or f"async-{next(self._ids)}"
-        self.engine.encode_prompt(prompt)               # validate in the caller, before queueing
+        params = self.engine.check_params(params)      # validate in the caller, before queueing
+        self.engine.encode_prompt(prompt)
+        seq = next(self._ids)
+        request_id = request_id or f"async-{seq}"
+        # The engine sees a private id: a caller reusing request_id after a disconnect can never
+        # receive outputs of the old request, whose abort may still be in flight.
+        engine_id = f"{request_id}@{seq}"
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         with self._lock:  # _fail_all marks the engine dead under this lock: no stream can slip past it
             if self._dead or not self._thread.is_alive():
                 raise EngineDeadError("the engine is not running") from self.error
-            if request_id in self._streams:
+            if request_id in self._engine_ids:
                 raise ValueError(f"request_id {request_id!r} is already in use")
-            self._streams[request_id] = stream
-        self._commands.put(("add", request_id, prompt, params))
+            self._engine_ids[request_id] = engine_id
+            self._streams[engine_id] = stream
+        self._commands.put(("add", engine_id, prompt, params))
         self._wake.set()
-        finished = False
         try:
-            while True:
-                item = await stream.queue.get()
-                if item is None:
-                    finished = True
-                    return
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                finished = item.finished
+            async for item in self._read(stream, request_id):
                 yield item
-                if finished:
-                    return
         finally:
-            if not finished:
-                self.abort(request_id)
             with self._lock:
-                self._streams.pop(request_id, None)
+                self._engine_ids.pop(request_id, None)
+                live = self._streams.pop(engine_id, None) is not None and not stream.done
+            if live:
+                self._abort_engine_id(engine_id)
+
+    @staticmethod
+    async def _read(stream: _Stream, request_id: str) -> AsyncIterator[RequestOutput]:
+        while True:
+            item = await stream.queue.get()
+            if item is None or isinstance(item, BaseException):
+                stream.done = True
+                if item is not None:
+                    raise item
+                return
+            stream.done = item.finished
+            yield dataclasses.replace(item, request_id=request_id)
+            if item.finished:
+                return
 
     def abort(self, request_id: str) -> None:
-        """Stop a request (thread-safe; unknown ids are ignored)."""
-        self._commands.put(("abort", request_id))
+        """Stop a request (thread-safe; unknown ids are ignored). Its stream ends with
+        finish_reason "abort"."""
+        with self._lock:
+            engine_id = self._engine_ids.get(request_id)
+        if engine_id is not None:
+            self._abort_engine_id(engine_id)
+
+    def _abort_engine_id(self, engine_id: str) -> None:
+        self._commands.put(("abort", engine_id))
         self._wake.set()
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -141,7 +158,7 @@ class AsyncEngine:
                 _, request_id, prompt, params = command
                 try:
                     self.engine.add_request(prompt, params, request_id)
-                except ValueError as exc:
+                except Exception as exc:  # noqa: BLE001 - the error belongs to that caller only
                     self._deliver(request_id, exc)
             else:
                 final = self.engine.abort(command[1])
@@ -151,8 +168,14 @@ class AsyncEngine:
     def _deliver(self, request_id: str, item: RequestOutput | BaseException | None) -> None:
         with self._lock:
             stream = self._streams.get(request_id)
-        if stream is not None:
+        if stream is None:
+            return
+        try:
             stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+        except RuntimeError:  # that caller's event loop is closed: nobody listens any more
+            with self._lock:
+                self._streams.pop(request_id, None)
+            self.engine.abort(request_id)
 
     def _fail_all(self, error: BaseException) -> None:
         with self._lock:

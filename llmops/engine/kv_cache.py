@@ -73,6 +73,7 @@ class KVCacheManager:
         if computed:
             self.pool.touch(list(computed))
             request.block_ids.extend(computed)
+            request.num_cached_blocks = len(request.block_ids)   # hits are indexed already
         request.block_ids.extend(self.pool.allocate(need))
 
     def record_lookup(self, num_query_tokens: int, num_hit_tokens: int) -> None:
@@ -85,13 +86,18 @@ class KVCacheManager:
         if not self.enable_prefix_caching:
             return
         num_full = request.num_computed_tokens // self.block_size
-        for i, block_hash in enumerate(self._block_hashes(request, num_full)):
-            self.pool.cache_block(request.block_ids[i], block_hash)
+        if num_full <= request.num_cached_blocks:
+            return
+        hashes = self._block_hashes(request, num_full)
+        for i in range(request.num_cached_blocks, num_full):
+            self.pool.cache_block(request.block_ids[i], hashes[i])
+        request.num_cached_blocks = num_full
 
     def free(self, request: Request) -> None:
         """Release the request's blocks, tail first so that tails are evicted before heads."""
         self.pool.free(list(reversed(request.block_ids)))
         request.block_ids = []
+        request.num_cached_blocks = 0
 
     def _new_blocks_needed(self, request: Request, num_new_tokens: int, computed: list[int]) -> int:
         total = request.num_computed_tokens + len(computed) * self.block_size + num_new_tokens

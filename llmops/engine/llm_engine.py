@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from pathlib import Path
@@ -54,9 +55,7 @@ class LLMEngine:
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
                     request_id: str | None = None) -> str:
         """Validate and queue one prompt (n sequences). Raises ValueError before changing any state."""
-        params = params or SamplingParams()
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"sampling params must be a SamplingParams, got {type(params).__name__}")
+        params = self.check_params(params)
         if request_id is None:
             request_id = next(i for i in (f"req-{n}" for n in self._ids) if i not in self._groups)
         if not isinstance(request_id, str) or not request_id:
@@ -76,6 +75,19 @@ class LLMEngine:
             self.scheduler.add_request(child)
         return request_id
 
+    def check_params(self, params: SamplingParams | None) -> SamplingParams:
+        """A validated private copy: later changes to the caller's object cannot reach the engine."""
+        params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"sampling params must be a SamplingParams, got {type(params).__name__}")
+        params = dataclasses.replace(params)        # re-runs validation on the current field values
+        if params.n > self.config.scheduler.max_num_seqs:
+            raise ValueError(f"n must be <= max_num_seqs ({self.config.scheduler.max_num_seqs}), got {params.n}")
+        bad = [t for t in params.stop_token_ids or [] if t >= self.arch.vocab_size]
+        if bad:
+            raise ValueError(f"stop_token_ids must be < the vocabulary size {self.arch.vocab_size}, got {bad[0]}")
+        return params
+
     def encode_prompt(self, prompt: str | list[int]) -> list[int]:
         """Prompt text or ids -> validated token ids (non-empty, in vocabulary, within the context)."""
         if isinstance(prompt, str):
@@ -84,15 +96,13 @@ class LLMEngine:
             token_ids = self.tokenizer.encode(prompt)
         elif isinstance(prompt, (list, tuple)):
             token_ids = list(prompt)
-            bad = [t for t in token_ids if isinstance(t, bool) or not isinstance(t, int)
-                   or not 0 <= t < self.arch.vocab_size]
-            if bad:
-                raise ValueError(f"prompt token ids must be integers in [0, {self.arch.vocab_size}); "
-                                 f"got {bad[0]!r}")
         else:
             raise ValueError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
         if not token_ids:
             raise ValueError("prompt must not be empty")
+        bad = [t for t in token_ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.arch.vocab_size]
+        if bad:  # also catches a tokenizer whose added tokens lie beyond the model's embedding
+            raise ValueError(f"prompt token ids must be integers in [0, {self.arch.vocab_size}); got {bad[0]!r}")
         if len(token_ids) >= self.max_model_len:
             raise ValueError(f"prompt has {len(token_ids)} tokens, but the context length (max_model_len) "
                              f"is {self.max_model_len}: at most {self.max_model_len - 1} prompt tokens fit")
@@ -104,9 +114,10 @@ class LLMEngine:
         group = self._groups.pop(request_id, None)
         if group is None:
             return None
-        self.scheduler.finish_requests([c.request_id for c in group.children], RequestStatus.FINISHED_ABORTED)
         for child in group.children:
-            self._child_index.pop(child.request_id, None)
+            if not child.is_finished:  # by object: a finished child's id may already name another request
+                self.scheduler.finish(child, RequestStatus.FINISHED_ABORTED)
+                self._child_index.pop(child.request_id, None)
         return group.output()
 
     def reset_prefix_cache(self) -> bool:

@@ -10,7 +10,8 @@ import torch
 from llmops.engine.kv_memory import allocate_kv_caches
 from llmops.engine.outputs import ModelRunnerOutput, SampledToken, ScheduledChunk, SchedulerOutput
 from llmops.engine.request import Request
-from llmops.engine.sampler import SamplingBatch, SamplerOutput, sample
+from llmops.engine.sampler import SamplerOutput, sample
+from llmops.engine.sampling_batch import build_sampling_batch
 from llmops.layers.attention_metadata import AttentionMetadata, PrefillChunk
 from llmops.models.llama import LlamaForCausalLM
 
@@ -36,7 +37,7 @@ class ModelRunner:
         logits, requests = self.compute_logits(out)
         if not requests:
             return ModelRunnerOutput()
-        return _to_output(requests, sample(logits, self._sampling_batch(requests)))
+        return _to_output(requests, sample(logits, build_sampling_batch(requests, self.vocab_size, self.device)))
 
     @torch.inference_mode()
     def compute_logits(self, out: SchedulerOutput) -> tuple[torch.Tensor, list[Request]]:
@@ -97,45 +98,6 @@ class ModelRunner:
             chunks.append(PrefillChunk(start, n, cached, table, mask))
             start += n
         return chunks
-
-    def _sampling_batch(self, requests: list[Request]) -> SamplingBatch:
-        params = [r.params for r in requests]
-        dev = self.device
-        batch = SamplingBatch(
-            temperature=torch.tensor([p.temperature for p in params], dtype=torch.float32, device=dev),
-            generators=[r.generator for r in requests])
-        if any(p.top_k > 0 for p in params):
-            batch.top_k = torch.tensor([p.top_k if p.top_k > 0 else self.vocab_size for p in params], device=dev)
-        if any(p.top_p < 1.0 for p in params):
-            batch.top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32, device=dev)
-        if any(p.min_p > 0.0 for p in params):
-            batch.min_p = torch.tensor([p.min_p for p in params], dtype=torch.float32, device=dev)
-        self._add_penalties(batch, requests)
-        suppress = [(i, list(r.eos_token_ids) + list(r.stop_token_ids)) for i, r in enumerate(requests)
-                    if r.num_output_tokens < r.params.min_tokens]
-        batch.suppress = [(i, ids) for i, ids in suppress if ids] or None
-        asked = [p.logprobs for p in params if p.logprobs is not None]
-        batch.num_logprobs = max(asked) if asked else -1
-        return batch
-
-    def _add_penalties(self, batch: SamplingBatch, requests: list[Request]) -> None:
-        params = [r.params for r in requests]
-        shape, dev = (len(requests), self.vocab_size), self.device
-        if any(p.presence_penalty or p.frequency_penalty for p in params):
-            counts = torch.zeros(shape, dtype=torch.float32, device=dev)
-            for i, r in enumerate(requests):
-                if r.output_token_ids:
-                    out_ids = torch.tensor(r.output_token_ids, device=dev)
-                    counts[i].index_add_(0, out_ids, torch.ones(len(out_ids), device=dev))
-            batch.output_counts = counts
-            batch.presence_penalty = torch.tensor([p.presence_penalty for p in params], device=dev)
-            batch.frequency_penalty = torch.tensor([p.frequency_penalty for p in params], device=dev)
-        if any(p.repetition_penalty != 1.0 for p in params):
-            seen = torch.zeros(shape, dtype=torch.bool, device=dev)
-            for i, r in enumerate(requests):
-                seen[i, torch.tensor(r.all_token_ids, device=dev)] = True
-            batch.seen_mask = seen
-            batch.repetition_penalty = torch.tensor([p.repetition_penalty for p in params], device=dev)
 
 
 def _to_output(requests: list[Request], result: SamplerOutput) -> ModelRunnerOutput:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from llmops.detokenizer import IncrementalDetokenizer
 from llmops.engine.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
-from llmops.engine.request import Request
+from llmops.engine.request import Request, RequestStatus
 from llmops.tokenizer import Tokenizer
 
 
@@ -30,7 +30,11 @@ class RequestGroup:
         """Feed child `index`'s newest token; returns the stop string it hit, if any."""
         child, detok = self.children[index], self.detokenizers[index]
         was_stopped = detok.stopped
-        detok.add_tokens(child.output_token_ids[-1:], final=child.is_finished)
+        new = child.output_token_ids[-1:]
+        if child.status == RequestStatus.FINISHED_STOPPED and (
+                new[0] in child.stop_token_ids or new[0] in child.eos_token_ids):
+            new = []  # the stop or EOS token ends the text; its own text is not part of it
+        detok.add_tokens(new, final=child.is_finished)
         if detok.stopped and not was_stopped:
             return detok.stop_reason
         return None

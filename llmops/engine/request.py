@@ -67,6 +67,7 @@ class Request:
         self.num_preemptions = 0
         self.block_ids: list[int] = []
         self.block_hashes: list[bytes] = []            # chained hashes of this sequence's full blocks
+        self.num_cached_blocks = 0                     # leading blocks already indexed in the prefix cache
         self.stop_reason: int | str | None = None      # the stop token id or string that ended it
         self.times = RequestTimes()
         # Per request, on the sampling device: batching cannot change its draws.

@@ -7,24 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
+from llmops.engine.sampling_batch import SamplingBatch
 
-@dataclass
-class SamplingBatch:
-    """Per-row sampling settings for one step's B sampled rows. Optional tensors are None
-    when no row needs that stage, so the common cases skip it entirely."""
-
-    temperature: torch.Tensor                  # (B,) float; 0 marks a greedy row
-    generators: list[torch.Generator]          # (B,) one per row
-    top_k: torch.Tensor | None = None          # (B,) long; vocab size = keep all
-    top_p: torch.Tensor | None = None          # (B,) float in (0, 1]
-    min_p: torch.Tensor | None = None          # (B,) float in [0, 1]
-    repetition_penalty: torch.Tensor | None = None  # (B,) float
-    presence_penalty: torch.Tensor | None = None    # (B,) float
-    frequency_penalty: torch.Tensor | None = None   # (B,) float
-    output_counts: torch.Tensor | None = None  # (B, V) float: occurrences in the output so far
-    seen_mask: torch.Tensor | None = None      # (B, V) bool: token appears in prompt or output
-    suppress: list[tuple[int, list[int]]] | None = None  # (row, token ids) banned this step (min_tokens)
-    num_logprobs: int = -1                     # top-k logprobs to return (max over rows); -1 = none
+__all__ = ["SamplingBatch", "SamplerOutput", "sample"]
 
 
 @dataclass

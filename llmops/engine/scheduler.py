@@ -78,8 +78,8 @@ class Scheduler:
                 break  # first come, first served: nobody overtakes the head of the queue
             self.waiting.popleft()
             self.kv_cache.allocate(request, num_new, hits)
-            self.kv_cache.record_lookup(request.num_tokens, num_hit_tokens)
-            if request.status == RequestStatus.WAITING:
+            if request.status == RequestStatus.WAITING:  # first admission; re-admissions are recomputes
+                self.kv_cache.record_lookup(request.num_tokens, num_hit_tokens)
                 request.num_cached_tokens = num_hit_tokens
                 request.times.first_scheduled = time.monotonic()
             request.num_computed_tokens = num_hit_tokens
@@ -134,6 +134,11 @@ class Scheduler:
                 done.append(request)
         return done
 
+    def finish(self, request: Request, status: RequestStatus) -> None:
+        """Finish one request (by object) that is still waiting or running."""
+        if not request.is_finished:
+            self._finish(request, status)
+
     def _finish(self, request: Request, status: RequestStatus) -> None:
         if request in self.running:
             self.running.remove(request)
@@ -142,4 +147,5 @@ class Scheduler:
         self.kv_cache.free(request)
         request.status = status
         request.times.finished = time.monotonic()
-        del self.requests[request.request_id]
+        if self.requests.get(request.request_id) is request:
+            del self.requests[request.request_id]

@@ -47,7 +47,7 @@ class DecoderLayer(nn.Module):
         qk = apply_rotary(qkv[:, :hq + hkv], cos, sin)                      # (N, Hq + Hkv, D)
         q, k, v = qk[:, :hq], qk[:, hq:], qkv[:, hq + hkv:]
         attn = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale)
-        x = x + self.o_proj(attn.view(n, self.q_size))
+        x = x + self.o_proj(attn.reshape(n, self.q_size))
         gate, up = self.gate_up_proj(rms_norm(x, self.post_attention_norm, self.eps)).chunk(2, dim=-1)
         return x + self.down_proj(F.silu(gate) * up)
 

@@ -25,11 +25,11 @@ def load_model(folder: Path, dtype: torch.dtype, device: torch.device,
     positions = max_positions or cfg.max_position_embeddings
     with torch.device("meta"):
         model = ARCHITECTURES[cfg.model_type](cfg)
+    model.to(dtype=dtype)            # still meta: the weights are cast one tensor at a time as they load
     model.to_empty(device=device)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     model.load_weights(_iter_safetensors(folder))
-    model.to(dtype=dtype)
     model.init_rotary(positions, device)
     model.pack_weights()
     return model.eval()
