@@ -12,7 +12,7 @@ from llmops.engine.outputs import ModelRunnerOutput, SampledToken, ScheduledChun
 from llmops.engine.request import Request
 from llmops.engine.sampler import SamplerOutput, sample
 from llmops.engine.sampling_batch import build_sampling_batch
-from llmops.layers.attention_metadata import AttentionMetadata, PrefillChunk
+from llmops.layers.attention_metadata import AttentionMetadata, DecodeGroup, PrefillChunk
 from llmops.models.llama import LlamaForCausalLM
 
 
@@ -42,10 +42,12 @@ class ModelRunner:
     @torch.inference_mode()
     def compute_logits(self, out: SchedulerOutput) -> tuple[torch.Tensor, list[Request]]:
         """Run the batch; (B, V) float32 logits for the B requests whose chunk ends their tokens."""
-        input_ids, positions, meta = self._prepare(out)
+        # Decodes sorted by context length so that similar lengths share one attention call.
+        decodes = sorted(out.decodes, key=lambda c: len(c.request.block_ids))
+        input_ids, positions, meta = self._prepare(decodes, out.prefills)
         hidden = self.model(input_ids, positions, self.kv_caches, meta)   # (N, hidden)
         rows, requests, offset = [], [], 0
-        for chunk in out.chunks:
+        for chunk in decodes + out.prefills:
             offset += chunk.num_tokens
             if chunk.samples:
                 rows.append(offset - 1)            # the chunk's last token predicts the next one
@@ -54,13 +56,14 @@ class ModelRunner:
             return torch.empty(0, self.vocab_size), []
         return self.model.logits(hidden[torch.tensor(rows, device=self.device)]), requests
 
-    def _prepare(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+    def _prepare(self, decodes: list[ScheduledChunk], prefills: list[ScheduledChunk]
+                 ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         """Flatten all chunks into one batch: decodes first, then prefill chunks."""
         ids: list[int] = []
         pos: list[int] = []
         slots: list[int] = []
         bs = self.block_size
-        for chunk in out.chunks:
+        for chunk in decodes + prefills:
             r, start = chunk.request, chunk.request.num_computed_tokens
             ids.extend(r.all_token_ids[start:start + chunk.num_tokens])
             for p in range(start, start + chunk.num_tokens):
@@ -69,25 +72,34 @@ class ModelRunner:
         dev = self.device
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
-            num_decodes=len(out.decodes), decode_block_tables=None, decode_mask=None,
-            prefills=self._prefill_chunks(out))
-        if out.decodes:
-            meta.decode_block_tables, meta.decode_mask = self._decode_tables(out.decodes)
+            num_decodes=len(decodes), decode_groups=self._decode_groups(decodes),
+            prefills=self._prefill_chunks(len(decodes), prefills))
         return (torch.tensor(ids, dtype=torch.long, device=dev),
                 torch.tensor(pos, dtype=torch.long, device=dev), meta)
 
-    def _decode_tables(self, decodes: list[ScheduledChunk]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Bd, max_blocks) block tables padded with the null block, and the matching key mask."""
-        width = max(len(c.request.block_ids) for c in decodes)
-        tables = [c.request.block_ids + [0] * (width - len(c.request.block_ids)) for c in decodes]
-        lengths = torch.tensor([c.request.num_computed_tokens + 1 for c in decodes], device=self.device)
-        keys = torch.arange(width * self.block_size, device=self.device)
-        mask = (keys.unsqueeze(0) < lengths.unsqueeze(1))[:, None, None, :]   # (Bd, 1, 1, L)
-        return torch.tensor(tables, dtype=torch.long, device=self.device), mask
+    def _decode_groups(self, decodes: list[ScheduledChunk]) -> list[DecodeGroup]:
+        """Split length-sorted decodes where a request has over twice the blocks of its group's
+        first: padding then costs at most about 2x, instead of everyone paying for the longest."""
+        groups, first = [], 0
+        for i in range(1, len(decodes) + 1):
+            if i == len(decodes) or len(decodes[i].request.block_ids) > 2 * len(decodes[first].request.block_ids):
+                groups.append(self._decode_group(decodes, first, i))
+                first = i
+        return groups
 
-    def _prefill_chunks(self, out: SchedulerOutput) -> list[PrefillChunk]:
-        chunks, start = [], len(out.decodes)
-        for chunk in out.prefills:
+    def _decode_group(self, decodes: list[ScheduledChunk], first: int, end: int) -> DecodeGroup:
+        """Block tables padded with the null block, and the matching key mask."""
+        members = [c.request for c in decodes[first:end]]
+        width = len(members[-1].block_ids)
+        tables = [r.block_ids + [0] * (width - len(r.block_ids)) for r in members]
+        lengths = torch.tensor([r.num_computed_tokens + 1 for r in members], device=self.device)
+        keys = torch.arange(width * self.block_size, device=self.device)
+        mask = (keys.unsqueeze(0) < lengths.unsqueeze(1))[:, None, None, :]   # (count, 1, 1, L)
+        return DecodeGroup(first, end - first, torch.tensor(tables, dtype=torch.long, device=self.device), mask)
+
+    def _prefill_chunks(self, start: int, prefills: list[ScheduledChunk]) -> list[PrefillChunk]:
+        chunks = []
+        for chunk in prefills:
             r, cached, n = chunk.request, chunk.request.num_computed_tokens, chunk.num_tokens
             table = mask = None
             if cached:

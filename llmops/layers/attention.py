@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from llmops.layers.attention_metadata import AttentionMetadata, PrefillChunk
+from llmops.layers.attention_metadata import AttentionMetadata, DecodeGroup, PrefillChunk
 
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -30,14 +30,14 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
                     v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
     """q: (N, Hq, D), k/v: (N, Hkv, D) for this step's tokens -> (N, Hq, D)."""
     write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
-    nd = meta.num_decodes
-    if not meta.prefills:                       # the common decode-only step: no stitching
-        return _decode(q, k_cache, v_cache, meta, scale)
-    if nd == 0 and len(meta.prefills) == 1:     # one prefill chunk alone
+    if not meta.prefills and len(meta.decode_groups) == 1:   # the common decode-only step
+        return _decode(q, k_cache, v_cache, meta.decode_groups[0], scale)
+    if not meta.decode_groups and len(meta.prefills) == 1:   # one prefill chunk alone
         return _prefill(q, k, v, k_cache, v_cache, meta.prefills[0], scale)
     out = torch.empty_like(q)
-    if nd:
-        out[:nd] = _decode(q[:nd], k_cache, v_cache, meta, scale)
+    for group in meta.decode_groups:
+        rows = slice(group.start, group.start + group.count)
+        out[rows] = _decode(q[rows], k_cache, v_cache, group, scale)
     for chunk in meta.prefills:
         rows = slice(chunk.start, chunk.start + chunk.num_tokens)
         out[rows] = _prefill(q[rows], k[rows], v[rows], k_cache, v_cache, chunk, scale)
@@ -45,16 +45,16 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
 
 
 def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-            meta: AttentionMetadata, scale: float) -> torch.Tensor:
+            group: DecodeGroup, scale: float) -> torch.Tensor:
     """One query token per request. q: (Bd, Hq, D) -> (Bd, Hq, D)."""
     bd, hq, d = q.shape
     hkv = k_cache.shape[2]
-    keys = gather_blocks(k_cache, meta.decode_block_tables)      # (Bd, Hkv, L, D)
-    values = gather_blocks(v_cache, meta.decode_block_tables)
+    keys = gather_blocks(k_cache, group.block_tables)           # (Bd, Hkv, L, D)
+    values = gather_blocks(v_cache, group.block_tables)
     # Grouped-query attention without repeating K/V: the G query heads sharing a KV head
     # become G query rows of that head. (Bd, Hkv, G, D)
     qg = q.view(bd, hkv, hq // hkv, d)
-    out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=meta.decode_mask, scale=scale)
+    out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=group.mask, scale=scale)
     return out.reshape(bd, hq, d)
 
 

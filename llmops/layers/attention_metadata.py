@@ -24,11 +24,20 @@ class PrefillChunk:
 
 
 @dataclass
+class DecodeGroup:
+    """Decode rows of similar context length, attended in one call (padding stays small)."""
+
+    start: int                        # index of the group's first token in the batch
+    count: int                        # rows in the group, one token each
+    block_tables: torch.Tensor        # (count, max_blocks) long, padded with the null block 0
+    mask: torch.Tensor                # (count, 1, 1, max_blocks * block_size) bool, True = attend
+
+
+@dataclass
 class AttentionMetadata:
     """Per-step attention inputs, shared by all layers."""
 
     slot_mapping: torch.Tensor                 # (N,) long: flat cache slot for each token's new K/V
     num_decodes: int                           # Bd: the first Bd tokens are single decode tokens
-    decode_block_tables: torch.Tensor | None   # (Bd, max_blocks) long, padded with the null block 0
-    decode_mask: torch.Tensor | None           # (Bd, 1, 1, max_blocks * block_size) bool, True = attend
+    decode_groups: list[DecodeGroup] = field(default_factory=list)   # cover rows 0..Bd-1 in order
     prefills: list[PrefillChunk] = field(default_factory=list)

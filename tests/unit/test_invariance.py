@@ -77,3 +77,21 @@ def test_seeded_sampling_is_independent_of_batch(tiny_folder):
     assert again == alone
     other_seed = SamplingParams(temperature=1.0, top_p=0.9, seed=99, max_tokens=16, ignore_eos=True)
     assert llm.generate([PROMPTS[1]], other_seed)[0].outputs[0].token_ids != alone
+
+
+def test_decodes_of_very_different_lengths_are_attended_in_separate_groups(tiny_folder, alone):
+    """Length-sorted decodes split where a request has over twice its group's first block count."""
+    from llmops.engine.outputs import ScheduledChunk
+    from llmops.engine.request import Request
+
+    llm = make_llm(tiny_folder)
+    runner = llm.engine.runner
+    chunks = []
+    for i, blocks in enumerate([1, 2, 3, 7, 8, 20]):
+        r = Request(str(i), [1] * (4 * blocks), SamplingParams(), (), 10_000)
+        r.block_ids = list(range(1, blocks + 1))
+        r.num_computed_tokens = 4 * blocks - 1
+        chunks.append(ScheduledChunk(r, 1))
+    groups = runner._decode_groups(chunks)
+    assert [(g.start, g.count, g.block_tables.shape[1]) for g in groups] == [(0, 2, 2), (2, 1, 3), (3, 2, 8), (5, 1, 20)]
+    assert groups[2].mask.shape == (2, 1, 1, 32)
