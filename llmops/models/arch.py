@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from llmops.json_file import read_json_object
 
 # model_type -> the family implementation that covers it (all Llama-shaped today).
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -82,13 +83,7 @@ class ArchConfig:
         path = Path(folder) / "config.json"
         if not path.is_file():
             raise FileNotFoundError(f"no config.json in model folder {folder}")
-        try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-        if not isinstance(cfg, dict):
-            raise ValueError(f"{path} must hold a JSON object, got {type(cfg).__name__}")
-        return cls.from_dict(cfg)
+        return cls.from_dict(read_json_object(path))
 
 
 def _positive(cfg: dict[str, Any], key: str) -> int:
