@@ -31,6 +31,9 @@ class ModelConfig:
         "device: auto (cuda when available, else cpu), cpu, cuda", choices=DEVICES))
     max_model_len: int | None = field(default=None, metadata=_help(
         "longest prompt + output in tokens (default: the model's context length)"))
+    int4_small_batch: bool = field(default=True, metadata=_help(
+        "bfloat16 on CPU: steps of a few tokens use exact 4-bit copies of weights that sit on a "
+        "4-bit grid (models imported from 4-bit GGUFs)"))
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

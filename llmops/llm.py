@@ -20,11 +20,12 @@ class LLM:
     def __init__(self, model: str | None = None, dtype: str = "auto", kv_cache_tokens: int | None = None,
                  block_size: int = 16, max_num_seqs: int = 64, max_num_batched_tokens: int = 2048,
                  enable_prefix_caching: bool = True, device: str = "auto",
-                 max_model_len: int | None = None) -> None:
+                 max_model_len: int | None = None, int4_small_batch: bool = True) -> None:
         config = LLMOpsConfig.from_flat(
             model=model, dtype=dtype, kv_cache_tokens=kv_cache_tokens, block_size=block_size,
             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-            enable_prefix_caching=enable_prefix_caching, device=device, max_model_len=max_model_len)
+            enable_prefix_caching=enable_prefix_caching, device=device, max_model_len=max_model_len,
+            int4_small_batch=int4_small_batch)
         self.engine = LLMEngine(config)
 
     def get_tokenizer(self) -> Tokenizer:

@@ -34,7 +34,8 @@ class LLMEngine:
         self.device = resolve_device(self.config.model.device)
         self.dtype = resolve_dtype(self.config.model.dtype, self.device)
         self.tokenizer = Tokenizer.from_folder(self.model_path)
-        model = load_model(self.model_path, self.dtype, self.device, self._max_positions())
+        model = load_model(self.model_path, self.dtype, self.device, self._max_positions(),
+                           self.config.model.int4_small_batch)
         self.arch = model.cfg
         self.eos_token_ids = self._eos_ids()
         num_blocks = self._num_blocks()
@@ -102,7 +103,7 @@ class LLMEngine:
             raise ValueError("prompt must not be empty")
         bad = [t for t in token_ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.arch.vocab_size]
         if bad:  # also catches a tokenizer whose added tokens lie beyond the model's embedding
-            raise ValueError(f"prompt token ids must be integers in [0, {self.arch.vocab_size}); got {bad[0]!r}")
+            raise ValueError(f"prompt token ids must be integers in [0, {self.arch.vocab_size}) (the model vocabulary); got {bad[0]!r}")
         if len(token_ids) >= self.max_model_len:
             raise ValueError(f"prompt has {len(token_ids)} tokens, but the context length (max_model_len) "
                              f"is {self.max_model_len}: at most {self.max_model_len - 1} prompt tokens fit")

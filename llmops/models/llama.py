@@ -83,6 +83,10 @@ class LlamaForCausalLM(nn.Module):
         cfg = self.cfg
         self.rotary = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling).to(device)
 
+    def prepare_int4(self) -> int:
+        """Keep exact 4-bit copies of the float32 linear weights that sit on a 4-bit grid; returns how many."""
+        return sum(m.prepare_int4() for m in self.modules() if isinstance(m, Linear))
+
     def pack_weights(self) -> None:
         """Pre-pack every linear layer for the CPU matmul library (after dtype conversion)."""
         for module in self.modules():
@@ -92,7 +96,10 @@ class LlamaForCausalLM(nn.Module):
     def weight_bytes(self) -> int:
         """Bytes of weights held, packed copies included (a tied embedding counts once)."""
         tensors = {id(p): p for p in self.parameters()}
-        tensors.update({id(m.packed): m.packed for m in self.modules() if isinstance(m, Linear) and m.packed is not None})
+        for m in self.modules():
+            if isinstance(m, Linear):
+                extra = [m.packed] + ([m.int4.packed, m.int4.scales_and_zeros] if m.int4 else [])
+                tensors.update({id(t): t for t in extra if t is not None})
         return sum(t.numel() * t.element_size() for t in tensors.values())
 
     @torch.inference_mode()

@@ -125,6 +125,11 @@ def test_bfloat16_answers_sensibly(store_home):
     assert bf16.engine.dtype == torch.bfloat16
     [out] = bf16.chat(chat("What is the capital of France?"), SamplingParams(temperature=0, max_tokens=32))
     assert "Paris" in out.outputs[0].text
+    # The Q4_1 file's linear weights sit on a 4-bit grid: all but the Q8_0 head get exact 4-bit copies,
+    # which a single request's decode steps use.
+    from llmops.layers.linear import Linear
+    layers = [m for m in bf16.engine.runner.model.modules() if isinstance(m, Linear)]
+    assert sum(m.int4 is not None for m in layers) == len(layers) - 1
 
 
 def test_second_start_reuses_the_store(llm, folder, store_home):
