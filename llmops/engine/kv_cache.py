@@ -60,6 +60,20 @@ class KVCacheManager:
             hits.append(block_id)
         return hits
 
+    def next_block_hash(self, request: Request, index: int) -> bytes | None:
+        """Hash of the request's block `index` if that block is full and not its last token's
+        (so it could be shared); None otherwise or without prefix caching."""
+        if not self.enable_prefix_caching or (index + 1) * self.block_size > request.num_tokens - 1:
+            return None
+        return self._block_hashes(request, index + 1)[index]
+
+    def filled_block_hashes(self, request: Request, start_token: int, num_new: int) -> list[bytes]:
+        """Hashes of the blocks a chunk of num_new tokens from start_token completes."""
+        if not self.enable_prefix_caching:
+            return []
+        first, end = start_token // self.block_size, (start_token + num_new) // self.block_size
+        return self._block_hashes(request, end)[first:end]
+
     def can_allocate(self, request: Request, num_new_tokens: int, computed: list[int] | None = None) -> bool:
         computed = computed or []
         need = self._new_blocks_needed(request, num_new_tokens, computed)

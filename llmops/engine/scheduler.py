@@ -69,13 +69,19 @@ class Scheduler:
         return True
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> None:
+        pending: set[bytes] = set()   # hashes of blocks that requests admitted this step will fill
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
             hits = self.kv_cache.get_computed_blocks(request)
+            if self.kv_cache.next_block_hash(request, len(hits)) in pending:
+                # Its next block is being computed right now by an earlier request: wait one step
+                # and share it from the prefix cache instead of computing it twice.
+                break
             num_hit_tokens = len(hits) * self.kv_cache.block_size
             num_new = min(request.num_tokens - num_hit_tokens, budget)
             if not self.kv_cache.can_allocate(request, num_new, hits):
                 break  # first come, first served: nobody overtakes the head of the queue
+            pending.update(self.kv_cache.filled_block_hashes(request, num_hit_tokens, num_new))
             self.waiting.popleft()
             self.kv_cache.allocate(request, num_new, hits)
             if request.status == RequestStatus.WAITING:  # first admission; re-admissions are recomputes

@@ -388,3 +388,38 @@ def test_aborting_one_request_lets_the_next_one_in():
     sched.finish_requests(["a"], RequestStatus.FINISHED_ABORTED)
     assert shape(step(sched)) == ([], [("b", 8)], [])
     assert b.block_ids == [4, 3]               # a freed [3, 2, 1] after the never-used block 4
+
+
+# ---- sharing a prefix that is being computed in the same step ---------------------------------
+
+def test_request_waits_one_step_to_share_a_block_being_computed():
+    sched = make_scheduler()
+    a = make_request("a", 10, base=0)                        # blocks [0..3], [4..7], then 8, 9
+    b = Request("b", list(range(8)) + [50, 51, 52], SamplingParams(max_tokens=8), (EOS,), 64, seed=0)
+    c = make_request("c", 5, base=200)                       # behind b: first come, first served
+    for r in (a, b, c):
+        sched.add_request(r)
+    out = step(sched)
+    assert shape(out) == ([], [("a", 10)], [])               # b's first block is being filled by a
+    assert ids(sched.waiting) == ["b", "c"]
+    out = step(sched)
+    assert shape(out) == ([("a", 1)], [("b", 3), ("c", 5)], [])
+    assert b.num_cached_tokens == 8 and b.block_ids[:2] == a.block_ids[:2]
+    assert sched.kv_cache.prefix_stats.hits == 8
+
+
+def test_only_full_shareable_blocks_make_a_request_wait():
+    sched = make_scheduler()
+    a = make_request("a", 6, base=0)                         # fills block [0..3] only
+    b = make_request("b", 4, base=0)                         # same 4 tokens: its block 0 holds its last token
+    sched.add_request(a)
+    sched.add_request(b)
+    out = step(sched)                                        # b cannot share a block it must recompute
+    assert shape(out) == ([], [("a", 6), ("b", 4)], [])
+
+
+def test_no_waiting_without_prefix_caching():
+    sched = make_scheduler(prefix_caching=False)
+    sched.add_request(make_request("a", 10, base=0))
+    sched.add_request(make_request("b", 10, base=0))
+    assert shape(step(sched)) == ([], [("a", 10), ("b", 10)], [])
