@@ -25,6 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_offline(args: argparse.Namespace) -> int:
     from llmops.bench.offline import run_offline as bench, to_json
 
+    try:
+        import transformers  # noqa: F401  - the baseline; not a runtime dependency of llmops
+    except ImportError as exc:
+        raise ValueError("the baseline needs transformers: pip install 'llmops[bench]'") from exc
+
     levels = tuple(int(c) for c in args.concurrency.split(","))
     report = bench(model=args.model, dtype=args.dtype, concurrency=levels, output_len=args.output_len,
                    repeats=args.repeats, baseline_prompts=args.baseline_prompts,
