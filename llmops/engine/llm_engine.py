@@ -34,13 +34,14 @@ class LLMEngine:
         self.device = resolve_device(self.config.model.device)
         self.dtype = resolve_dtype(self.config.model.dtype, self.device)
         self.tokenizer = Tokenizer.from_folder(self.model_path)
-        model = load_model(self.model_path, self.dtype, self.device, self._max_positions(),
+        self.max_positions = self._max_positions()
+        model = load_model(self.model_path, self.dtype, self.device, self.max_positions,
                            self.config.model.int4_small_batch)
         self.arch = model.cfg
         self.eos_token_ids = self._eos_ids()
         num_blocks = self._num_blocks()
         block_size = self.config.cache.block_size
-        self.max_model_len = min(self._max_positions(), (num_blocks - 1) * block_size)
+        self.max_model_len = min(self.max_positions, (num_blocks - 1) * block_size)
         self.kv_cache = KVCacheManager(num_blocks, block_size, self.config.cache.enable_prefix_caching)
         self.scheduler = Scheduler(self.config.scheduler, self.kv_cache)
         self.runner = ModelRunner(model, num_blocks, block_size, self.dtype, self.device)
@@ -101,9 +102,11 @@ class LLMEngine:
             raise ValueError(f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
         if not token_ids:
             raise ValueError("prompt must not be empty")
-        bad = [t for t in token_ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.arch.vocab_size]
+        vocab = self.arch.vocab_size
+        bad = [t for t in token_ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
         if bad:  # also catches a tokenizer whose added tokens lie beyond the model's embedding
-            raise ValueError(f"prompt token ids must be integers in [0, {self.arch.vocab_size}) (the model vocabulary); got {bad[0]!r}")
+            raise ValueError(f"prompt token ids must be integers in [0, {vocab}) (the model vocabulary); "
+                             f"got {bad[0]!r}")
         if len(token_ids) >= self.max_model_len:
             raise ValueError(f"prompt has {len(token_ids)} tokens, but the context length (max_model_len) "
                              f"is {self.max_model_len}: at most {self.max_model_len - 1} prompt tokens fit")
@@ -149,12 +152,10 @@ class LLMEngine:
         for request in updated:
             group, index = self._child_index[request.request_id]
             stop = group.on_new_token(index)
-            if stop is not None:
-                if not request.is_finished:
-                    self.scheduler.finish_requests([request.request_id], RequestStatus.FINISHED_STOPPED)
+            if stop is not None:  # a stop string outranks a length limit reached in the same step
+                self.scheduler.finish(request, RequestStatus.FINISHED_STOPPED)
                 request.status, request.stop_reason = RequestStatus.FINISHED_STOPPED, stop
             if request.is_finished:
-                group.detokenizers[index].add_tokens([], final=True)
                 self._child_index.pop(request.request_id, None)
             touched[group.request_id] = group
         outputs = [group.output() for group in touched.values()]
@@ -193,7 +194,7 @@ class LLMEngine:
         tokens = cache.kv_cache_tokens
         if tokens is None:
             by_memory = int(available_memory_bytes(self.device) * _KV_MEMORY_SHARE) // per_token
-            usable = self.config.scheduler.max_num_seqs * self._max_positions()
+            usable = self.config.scheduler.max_num_seqs * self.max_positions
             tokens = max(min(by_memory, usable), 4 * bs)
         num_blocks = tokens // bs + 1  # + the null block
         logger.info("KV cache: %d tokens (%d blocks of %d, %.2f GiB %s)", (num_blocks - 1) * bs,

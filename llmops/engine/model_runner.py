@@ -72,7 +72,7 @@ class ModelRunner:
         dev = self.device
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
-            num_decodes=len(decodes), decode_groups=self._decode_groups(decodes),
+            decode_groups=self._decode_groups(decodes),
             prefills=self._prefill_chunks(len(decodes), prefills))
         return (torch.tensor(ids, dtype=torch.long, device=dev),
                 torch.tensor(pos, dtype=torch.long, device=dev), meta)

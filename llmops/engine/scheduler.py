@@ -133,8 +133,7 @@ class Scheduler:
     def finish_requests(self, request_ids: list[str], status: RequestStatus) -> list[Request]:
         """Finish (e.g. abort, or stop on a stop string) requests by id; unknown ids are ignored."""
         done = []
-        for request_id in request_ids:
-            request = self.requests.get(request_id)
+        for request in map(self.requests.get, request_ids):
             if request is not None and not request.is_finished:
                 self._finish(request, status)
                 done.append(request)

@@ -38,6 +38,5 @@ class AttentionMetadata:
     """Per-step attention inputs, shared by all layers."""
 
     slot_mapping: torch.Tensor                 # (N,) long: flat cache slot for each token's new K/V
-    num_decodes: int                           # Bd: the first Bd tokens are single decode tokens
     decode_groups: list[DecodeGroup] = field(default_factory=list)   # cover rows 0..Bd-1 in order
     prefills: list[PrefillChunk] = field(default_factory=list)

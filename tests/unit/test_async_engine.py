@@ -47,6 +47,18 @@ def llm(tiny_folder) -> LLM:
     return LLM(model=tiny_folder, **ENGINE_ARGS)
 
 
+async def consumer_started(eng: AsyncEngine, prompt: str) -> asyncio.Task:
+    """A task reading a long stream, returned once its first output has arrived."""
+    first = asyncio.Event()
+
+    async def consume():
+        async for _ in eng.generate(prompt, LONG):
+            first.set()
+    task = asyncio.create_task(consume())
+    await first.wait()
+    return task
+
+
 def slow_down(monkeypatch, eng: AsyncEngine, seconds: float = 0.005) -> None:
     """Make each engine step take a little longer so a long request is surely still running."""
     step = eng.engine.step
@@ -168,13 +180,7 @@ def test_cancelled_consumer_aborts_the_request(fresh_engine, monkeypatch):
     before = fresh_engine.stats().num_generation_tokens
 
     async def main():
-        first = asyncio.Event()
-
-        async def consume():
-            async for _ in fresh_engine.generate("a client that hangs up", LONG):
-                first.set()
-        task = asyncio.create_task(consume())
-        await first.wait()
+        task = await consumer_started(fresh_engine, "a client that hangs up")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -289,13 +295,7 @@ def test_shutdown_fails_pending_streams(fresh_engine, monkeypatch):
     slow_down(monkeypatch, fresh_engine)
 
     async def main():
-        started = asyncio.Event()
-
-        async def consume():
-            async for _ in fresh_engine.generate("pending", LONG):
-                started.set()
-        task = asyncio.create_task(consume())
-        await started.wait()
+        task = await consumer_started(fresh_engine, "pending")
         await asyncio.to_thread(fresh_engine.shutdown)
         with pytest.raises(EngineDeadError):
             await asyncio.wait_for(task, 5)
